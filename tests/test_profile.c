@@ -425,6 +425,14 @@ Test(profile, print_is_a_table_of_the_rows) {
   ad_tensor_free(w);
 }
 
+/* A context on the counting allocator ta, its profile started. */
+static ad_ctx *profiled_ctx(test_alloc *ta) {
+  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, ta);
+  cr_assert_not_null(c);
+  cr_assert_eq(ad_profile_start(c), AD_OK, "%s", ad_last_error(c));
+  return c;
+}
+
 /* Out of memory: a start that cannot allocate leaves no profile, and an
  * op registered while one runs fails when the rows cannot grow. */
 Test(profile, out_of_memory) {
@@ -445,9 +453,7 @@ Test(profile, out_of_memory) {
   /* a read with less room than rows sorts them in a copy */
   {
     test_alloc tr = {0};
-    ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &tr);
-    cr_assert_not_null(c);
-    cr_assert_eq(ad_profile_start(c), AD_OK);
+    ad_ctx *c = profiled_ctx(&tr);
     int64_t s = 3;
     ad_tensor *x = ad_zeros(c, AD_F64, 1, &s);
     cr_assert_not_null(ad_exp(c, ad_neg(c, x)), "%s", ad_last_error(c));
@@ -465,9 +471,7 @@ Test(profile, out_of_memory) {
    * of two: ad_op_register's doubling), the new table granted and the
    * profile's rows, the next request, refused */
   test_alloc ta = {0};
-  ad_ctx *c = ad_ctx_new_with_alloc(test_alloc_fn, &ta);
-  cr_assert_not_null(c);
-  cr_assert_eq(ad_profile_start(c), AD_OK);
+  ad_ctx *c = profiled_ctx(&ta);
   bool refused = false;
   for (int i = 0; i < 2000 && !refused; i++) {
     char name[32];
