@@ -192,12 +192,25 @@ typedef struct ad_prof_op {
   double fwd_ns, bwd_ns;
 } ad_prof_op;
 
+typedef struct ad_prof_range { /* a range's entry (ad_profile_range_push) */
+  char *name;                  /* owned */
+  int64_t calls;
+  double ns;
+} ad_prof_range;
+
 typedef struct ad_prof {
   ad_prof_op *ops; /* one per op id below cap */
   int cap;
   double child_ns; /* time of the regions measured inside the running one */
   int64_t passes;
   double pass_ns, hook_ns;
+  ad_prof_range *ranges; /* the ranges' entries, nranges of ranges_cap */
+  int nranges, ranges_cap;
+  struct {
+    int entry; /* its index in ranges */
+    double t0;
+  } open[AD_PROFILE_RANGE_DEPTH]; /* the ranges open, innermost last */
+  int depth;
 } ad_prof;
 
 typedef enum { AD_PROF_FWD, AD_PROF_BWD, AD_PROF_HOOK, AD_PROF_PASS } ad_prof_kind;

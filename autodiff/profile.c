@@ -46,9 +46,19 @@ ad_status ad_prof_reserve(ad_ctx *ctx, int cap) {
   return AD_OK;
 }
 
+/* Frees the ranges' entries (their names and the array). */
+static void ranges_free(ad_ctx *ctx, ad_prof *p) {
+  for (int i = 0; i < p->nranges; i++)
+    ad_free(ctx, p->ranges[i].name, strlen(p->ranges[i].name) + 1);
+  ad_free(ctx, p->ranges, (size_t)p->ranges_cap * sizeof *p->ranges);
+  p->ranges = NULL;
+  p->nranges = p->ranges_cap = p->depth = 0;
+}
+
 void ad_prof_free(ad_ctx *ctx) {
   ad_prof *p = ctx->prof;
   if (!p) return;
+  ranges_free(ctx, p);
   ad_free(ctx, p->ops, (size_t)p->cap * sizeof *p->ops);
   ad_free(ctx, p, sizeof *p);
   ctx->prof = NULL;
@@ -86,6 +96,7 @@ ad_status ad_profile_start(ad_ctx *ctx) {
   memset(p->ops, 0, (size_t)p->cap * sizeof *p->ops);
   p->child_ns = p->pass_ns = p->hook_ns = 0;
   p->passes = 0;
+  ranges_free(ctx, p);
   ctx->profiling = true;
   return AD_OK;
 }
@@ -96,7 +107,106 @@ ad_status ad_profile_stop(ad_ctx *ctx) {
   if (st != AD_OK) return st;
   if (!ctx->prof) return ad_set_error(ctx, AD_ERR_STATE, "profile_stop: no profile was started");
   ctx->profiling = false;
+  ctx->prof->depth = 0; /* the open ranges end uncounted */
   return AD_OK;
+}
+
+/* ------------------------------------------------------------ ranges */
+
+/* The entry of range name (len bytes), made if new; -1 on OOM. */
+static int range_entry(ad_ctx *ctx, ad_prof *p, const char *name, size_t len) {
+  for (int i = 0; i < p->nranges; i++)
+    if (!strcmp(p->ranges[i].name, name)) return i;
+  if (p->nranges == p->ranges_cap) {
+    int cap = p->ranges_cap ? p->ranges_cap * 2 : 8;
+    ad_prof_range *r = ad_malloc(ctx, (size_t)cap * sizeof *r);
+    if (!r) return -1;
+    if (p->nranges) memcpy(r, p->ranges, (size_t)p->nranges * sizeof *r);
+    ad_free(ctx, p->ranges, (size_t)p->ranges_cap * sizeof *r);
+    p->ranges = r;
+    p->ranges_cap = cap;
+  }
+  char *copy = ad_malloc(ctx, len + 1);
+  if (!copy) return -1;
+  memcpy(copy, name, len + 1);
+  p->ranges[p->nranges] = (ad_prof_range){copy, 0, 0};
+  return p->nranges++;
+}
+
+ad_status ad_profile_range_push(ad_ctx *ctx, const char *name) {
+  if (!ctx) return AD_ERR_NULL;
+  if (!ctx->profiling) return AD_OK;
+  if (!name) return ad_set_null_error(ctx, "profile_range_push: name is NULL");
+  size_t len = strlen(name);
+  if (len == 0 || len > 255)
+    return ad_set_error(ctx, AD_ERR_ARG, "profile_range_push: a name of %zu bytes (1 to 255)", len);
+  ad_prof *p = ctx->prof;
+  if (p->depth == AD_PROFILE_RANGE_DEPTH)
+    return ad_set_error(ctx, AD_ERR_STATE,
+                        "profile_range_push: '%s' would be range %d deep; at most %d "
+                        "(AD_PROFILE_RANGE_DEPTH) nest: is an ad_profile_range_pop missing?",
+                        name, p->depth + 1, AD_PROFILE_RANGE_DEPTH);
+  int e = range_entry(ctx, p, name, len);
+  if (e < 0) return AD_ERR_OOM;
+  p->open[p->depth].entry = e;
+  p->open[p->depth++].t0 = ad_prof_now();
+  return AD_OK;
+}
+
+ad_status ad_profile_range_pop(ad_ctx *ctx) {
+  if (!ctx) return AD_ERR_NULL;
+  ad_prof *p = ctx->prof;
+  if (!ctx->profiling || p->depth == 0) return AD_OK;
+  p->depth--;
+  ad_prof_range *r = &p->ranges[p->open[p->depth].entry];
+  r->calls++;
+  r->ns += ad_prof_now() - p->open[p->depth].t0;
+  return AD_OK;
+}
+
+static int range_cmp(const void *a, const void *b) {
+  const ad_profile_range *x = a, *y = b;
+  if (x->seconds != y->seconds) return x->seconds > y->seconds ? -1 : 1;
+  return strcmp(x->name, y->name);
+}
+
+/* Every popped range into out (room for p->nranges), sorted; their count. */
+static int64_t ranges_collect(const ad_prof *p, ad_profile_range *out) {
+  int64_t n = 0;
+  for (int i = 0; i < p->nranges; i++)
+    if (p->ranges[i].calls)
+      out[n++] = (ad_profile_range){p->ranges[i].name, p->ranges[i].calls, p->ranges[i].ns * 1e-9};
+  qsort(out, (size_t)n, sizeof *out, range_cmp);
+  return n;
+}
+
+/* How many ranges were popped. */
+static int64_t ranges_popped(const ad_prof *p) {
+  int64_t n = 0;
+  for (int i = 0; p && i < p->nranges; i++) n += p->ranges[i].calls > 0;
+  return n;
+}
+
+int64_t ad_profile_read_ranges(ad_ctx *ctx, ad_profile_range *out, int64_t cap) {
+  if (!ctx) return -1;
+  if (cap < 0) {
+    ad_set_error(ctx, AD_ERR_ARG, "profile_read_ranges: cap %lld is negative", (long long)cap);
+    return -1;
+  }
+  if (cap > 0 && !out) {
+    ad_set_null_error(ctx, "profile_read_ranges: out is NULL with cap %lld", (long long)cap);
+    return -1;
+  }
+  const ad_prof *p = ctx->prof;
+  int64_t n = ranges_popped(p);
+  if (n == 0 || cap == 0) return n;
+  if (cap >= n) return ranges_collect(p, out);
+  ad_profile_range *all = ad_malloc(ctx, (size_t)n * sizeof *all);
+  if (!all) return -1;
+  ranges_collect(p, all);
+  memcpy(out, all, (size_t)cap * sizeof *out);
+  ad_free(ctx, all, (size_t)n * sizeof *all);
+  return n;
 }
 
 /* Largest forward + backward time first, then by name. */
@@ -183,6 +293,15 @@ ad_status ad_profile_print(ad_ctx *ctx, FILE *f) {
                  (long long)fc, (long long)bc, sum * 1e3, (long long)t.backward_passes,
                  t.backward_s * 1e3, t.hook_s * 1e3) >= 0;
   ad_free(ctx, rows, (size_t)n * sizeof *rows);
+  int64_t nr = ranges_popped(ctx->prof);
+  ad_profile_range *rr = nr ? ad_malloc(ctx, (size_t)nr * sizeof *rr) : NULL;
+  if (nr && !rr) return AD_ERR_OOM;
+  if (nr) ranges_collect(ctx->prof, rr);
+  if (ok && nr) ok = fprintf(f, "%-36s %10s %11s\n", "range", "calls", "ms") >= 0;
+  for (int64_t i = 0; i < nr && ok; i++)
+    ok = fprintf(f, "%-36s %10lld %11.3f\n", rr[i].name, (long long)rr[i].calls,
+                 rr[i].seconds * 1e3) >= 0;
+  ad_free(ctx, rr, (size_t)nr * sizeof *rr);
   if (fflush(f) != 0 || !ok || ferror(f))
     return ad_set_error(ctx, AD_ERR_IO, "profile_print: writing the profile failed");
   return AD_OK;

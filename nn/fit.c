@@ -176,17 +176,12 @@ static bool opt_within(const nn_optimizer *opt, const nn_params *p) {
   return nn_optimizer_params(opt) == p && nn_optimizer_group_count(opt) == 1;
 }
 
-/* nn_train_step, also giving the prediction (valid until the next reset),
- * and adding the gradient norms to norms (nn_grad_norms_add) unless NULL. */
-static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
-                            ad_tensor *y, double lambda_l2, double *loss_out, ad_tensor **pred_out,
-                            double *norms) {
+/* The forward part of train_step: the prediction and the loss to
+ * differentiate (*total: with the L2 penalty). */
+static ad_status forward_loss(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
+                              double lambda_l2, double *loss_out, ad_tensor **pred_out,
+                              ad_tensor **total) {
   ad_ctx *ctx = nn_model_ctx(m);
-  ad_tape_reset(ctx);
-  /* releasing the gradients is O(1) per parameter: the backward stores the
-   * new ones into the same buffers (ad_tensor_zero_grad) */
-  nn_params_zero_grad(nn_model_params(m));
-  if (!opt_within(opt, nn_model_params(m))) nn_optimizer_zero_grad(opt);
   bool old = nn_model_set_training(m, true);
   ad_tensor *pred = nn_model_forward(m, x);
   nn_model_set_training(m, old);
@@ -196,14 +191,50 @@ static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_
   if (loss_out) *loss_out = lv;
   if (pred_out) *pred_out = pred;
   if (!isfinite(lv)) return ad_set_error(ctx, AD_ERR_NAN, "train_step: the loss is %g", lv);
-  ad_tensor *total = l;
-  if (lambda_l2 > 0) total = ad_add(ctx, l, nn_l2_penalty(ctx, nn_model_params(m), lambda_l2));
-  if (!total) return fail(ctx, AD_ERR_ARG);
-  if (total != l && check_total(ctx, total, lambda_l2) != AD_OK) return AD_ERR_NAN;
-  ad_status st = ad_backward(ctx, total, NULL);
-  if (st != AD_OK) return st;
-  if (norms) nn_grad_norms_add(nn_model_params(m), norms);
-  return nn_optimizer_step(opt);
+  *total = l;
+  if (lambda_l2 > 0) *total = ad_add(ctx, l, nn_l2_penalty(ctx, nn_model_params(m), lambda_l2));
+  if (!*total) return fail(ctx, AD_ERR_ARG);
+  if (*total != l && check_total(ctx, *total, lambda_l2) != AD_OK) return AD_ERR_NAN;
+  return AD_OK;
+}
+
+/* Runs stmt (which sets st and does not return) inside the op profile's
+ * range name (ad_profile_range_push: nothing while no profile runs); st
+ * gets the push's error instead when it fails. */
+#define IN_RANGE(ctx, name, st, stmt)                                                              \
+  do {                                                                                             \
+    if (((st) = ad_profile_range_push(ctx, name)) == AD_OK) {                                      \
+      stmt;                                                                                        \
+      ad_profile_range_pop(ctx);                                                                   \
+    }                                                                                              \
+  } while (0)
+
+/* nn_train_step, also giving the prediction (valid until the next reset),
+ * and adding the gradient norms to norms (nn_grad_norms_add) unless NULL.
+ * Its phases are the op profile's ranges "nn_fit.zero_grad", "nn_fit.forward"
+ * (with the loss), "nn_fit.backward", "nn_fit.grad_norms" and
+ * "nn_fit.optimizer". */
+static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
+                            ad_tensor *y, double lambda_l2, double *loss_out, ad_tensor **pred_out,
+                            double *norms) {
+  ad_ctx *ctx = nn_model_ctx(m);
+  ad_status st;
+  /* releasing the gradients is O(1) per parameter: the backward stores the
+   * new ones into the same buffers (ad_tensor_zero_grad) */
+  IN_RANGE(ctx, "nn_fit.zero_grad", st, {
+    ad_tape_reset(ctx);
+    nn_params_zero_grad(nn_model_params(m));
+    if (!opt_within(opt, nn_model_params(m))) nn_optimizer_zero_grad(opt);
+  });
+  ad_tensor *total = NULL;
+  if (st == AD_OK)
+    IN_RANGE(ctx, "nn_fit.forward", st,
+             st = forward_loss(m, loss, x, y, lambda_l2, loss_out, pred_out, &total));
+  if (st == AD_OK) IN_RANGE(ctx, "nn_fit.backward", st, st = ad_backward(ctx, total, NULL));
+  if (st == AD_OK && norms)
+    IN_RANGE(ctx, "nn_fit.grad_norms", st, nn_grad_norms_add(nn_model_params(m), norms));
+  if (st == AD_OK) IN_RANGE(ctx, "nn_fit.optimizer", st, st = nn_optimizer_step(opt));
+  return st;
 }
 
 /* train_step as rank d->rank of d->size (see nn_dist_ops): forward and
@@ -626,11 +657,15 @@ typedef struct fit_src {
  * could not be noted) goes into *st, and with d to the other ranks
  * through this step's grad_end, as a failed forward's: it is no epoch's
  * end, which would train on the rest of the epoch as the next one. */
-static bool src_next(fit_src *s, ad_tensor **xb, ad_tensor **yb, ad_status *st,
+static bool src_next(ad_ctx *ctx, fit_src *s, ad_tensor **xb, ad_tensor **yb, ad_status *st,
                      const nn_dist_ops *d, nn_params *p) {
   if (s->b && *st != AD_OK) return nn_batcher_next(s->b, xb, yb);
   if (*st != AD_OK) return false;
-  *st = s->b ? nn_batcher_fetch(s->b, xb, yb) : nn_loader_next(s->l, xb, yb);
+  if (d) /* the distributed step marks no ranges: every rank must reach grad_end */
+    *st = s->b ? nn_batcher_fetch(s->b, xb, yb) : nn_loader_next(s->l, xb, yb);
+  else
+    IN_RANGE(ctx, "nn_fit.batch", *st,
+             *st = s->b ? nn_batcher_fetch(s->b, xb, yb) : nn_loader_next(s->l, xb, yb));
   if (*st != AD_OK && d) d->grad_end(d->ud, p, *st);
   return *st == AD_OK && *xb;
 }
@@ -785,7 +820,7 @@ static ad_status fit_run(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, fit_sr
     int64_t seen = 0, correct = 0, done = 0;
     ad_tensor *xb, *yb, *pred = NULL;
     if (norms) memset(norms, 0, norms_bytes);
-    while (src_next(&src, &xb, &yb, &st, dist, nn_model_params(m))) {
+    while (src_next(ctx, &src, &xb, &yb, &st, dist, nn_model_params(m))) {
       if (st != AD_OK) continue; /* drain, so the next epoch starts fresh */
       double lv = 0;             /* set only once the loss is computed */
       ad_tensor *ys = yb;        /* the targets trained on: a shard with dist */

@@ -715,6 +715,49 @@ Test(fit, errors_and_nan) {
   ad_tensor_free(x), ad_tensor_free(y), ad_tensor_free(y3);
 }
 
+/* Under the op profile nn_fit marks its step's phases as ranges, one
+ * call each per batch (the batch's: one more per epoch, the fetch that
+ * ends it), leaves none open, also when a NaN loss stops it, and does not
+ * change what it trains. */
+Test(fit, profile_ranges_mark_each_phase) {
+  ad_tensor *x, *y;
+  test_blobs(ctx, 40, 2, &x, &y);
+  nn_model *a = mlp(ctx, 3, 0), *b = mlp(ctx, 3, 0);
+  nn_optimizer *oa = nn_adam_new(nn_model_params(a), 0.01);
+  nn_optimizer *ob = nn_adam_new(nn_model_params(b), 0.01);
+  nn_fit_opts fo = {.epochs = 2, .batch_size = 16, .seed = 4, .verbose = -1, .grad_norms = true};
+  cr_assert_eq(nn_fit(a, oa, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert_eq(ad_profile_start(ctx), AD_OK);
+  cr_assert_eq(nn_fit(b, ob, nn_cross_entropy_loss, x, y, &fo, NULL), AD_OK, "%s",
+               ad_last_error(ctx));
+  cr_assert(params_equal(a, b), "the profile changed the training");
+  static const char *const phases[] = {"nn_fit.zero_grad",  "nn_fit.forward",   "nn_fit.backward",
+                                       "nn_fit.grad_norms", "nn_fit.optimizer", "nn_fit.batch"};
+  ad_profile_range r[8];
+  int64_t n = ad_profile_read_ranges(ctx, r, 8);
+  cr_assert_eq(n, 6, "%lld ranges", (long long)n);
+  for (int k = 0; k < 6; k++) {
+    int64_t calls = -1;
+    for (int64_t i = 0; i < n; i++)
+      if (!strcmp(r[i].name, phases[k])) calls = r[i].calls;
+    cr_assert_eq(calls, k < 5 ? 6 : 8, "%s: %lld calls", phases[k],
+                 (long long)calls); /* 3 a epoch */
+  }
+  /* a NaN loss stops nn_fit inside its forward range: none left open */
+  ad_tensor_set(x, 0, NAN);
+  fo.no_shuffle = true;
+  cr_assert_eq(nn_fit(b, ob, nn_cross_entropy_loss, x, y, &fo, NULL), AD_ERR_NAN);
+  ad_clear_error(ctx);
+  for (int k = 0; k < AD_PROFILE_RANGE_DEPTH; k++)
+    cr_assert_eq(ad_profile_range_push(ctx, "user"), AD_OK, "range %d: %s", k, ad_last_error(ctx));
+  for (int k = 0; k < AD_PROFILE_RANGE_DEPTH; k++) ad_profile_range_pop(ctx);
+  cr_assert_eq(ad_profile_stop(ctx), AD_OK);
+  nn_optimizer_free(oa), nn_optimizer_free(ob);
+  nn_model_free(a), nn_model_free(b);
+  ad_tensor_free(x), ad_tensor_free(y);
+}
+
 /* Binary classification with logits: accuracy thresholds at 0. */
 Test(fit, binary_logits_with_l2) {
   ad_rng rng;

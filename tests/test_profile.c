@@ -535,3 +535,146 @@ Test(profile, same_counts_on_three_threads) {
   ad_tensor_free(x);
   ad_tensor_free(w);
 }
+
+/* ------------------------------------------------------------ ranges */
+
+static void spin(double seconds) {
+  double t0 = now_s();
+  while (now_s() - t0 < seconds) {
+  }
+}
+
+/* The range entry named name in r[0..n-1], or NULL. */
+static const ad_profile_range *range_of(const ad_profile_range *r, int64_t n, const char *name) {
+  for (int64_t i = 0; i < n; i++)
+    if (!strcmp(r[i].name, name)) return &r[i];
+  return NULL;
+}
+
+Test(profile, ranges_sum_their_spans) {
+  OK(ad_profile_start(ctx));
+  for (int k = 0; k < 2; k++) {
+    OK(ad_profile_range_push(ctx, "outer"));
+    spin(2e-3);
+    OK(ad_profile_range_push(ctx, "inner"));
+    spin(3e-3);
+    OK(ad_profile_range_pop(ctx));
+    OK(ad_profile_range_pop(ctx));
+  }
+  ad_profile_range r[4];
+  int64_t n = ad_profile_read_ranges(ctx, r, 4);
+  cr_assert_eq(n, 2);
+  cr_assert_str_eq(r[0].name, "outer"); /* the largest time first */
+  const ad_profile_range *in = range_of(r, n, "inner"), *out = range_of(r, n, "outer");
+  cr_assert_eq(in->calls, 2);
+  cr_assert_eq(out->calls, 2);
+  cr_assert_geq(in->seconds, 6e-3, "%g s", in->seconds);
+  cr_assert_geq(out->seconds, in->seconds + 4e-3, "%g s against %g", out->seconds, in->seconds);
+  /* less room: the first entries, and the count */
+  ad_profile_range one[1];
+  cr_assert_eq(ad_profile_read_ranges(ctx, one, 1), 2);
+  cr_assert_str_eq(one[0].name, "outer");
+  cr_assert_eq(ad_profile_read_ranges(ctx, NULL, 0), 2);
+  /* no op ran: no op rows */
+  cr_assert_eq(ad_profile_read(ctx, NULL, 0, NULL), 0);
+  /* the next start empties them */
+  OK(ad_profile_start(ctx));
+  cr_assert_eq(ad_profile_read_ranges(ctx, r, 4), 0);
+}
+
+Test(profile, ranges_outside_a_running_profile) {
+  /* never started: nothing, and nothing to read */
+  OK(ad_profile_range_push(ctx, "off"));
+  OK(ad_profile_range_pop(ctx));
+  OK(ad_profile_range_pop(ctx)); /* no range open: nothing */
+  cr_assert_eq(ad_profile_read_ranges(ctx, NULL, 0), 0);
+  /* pushed before the start, popped after: not counted */
+  OK(ad_profile_range_push(ctx, "early"));
+  OK(ad_profile_start(ctx));
+  OK(ad_profile_range_pop(ctx));
+  cr_assert_eq(ad_profile_read_ranges(ctx, NULL, 0), 0);
+  /* a stop closes what is open, uncounted */
+  OK(ad_profile_range_push(ctx, "a"));
+  OK(ad_profile_range_push(ctx, "b"));
+  OK(ad_profile_stop(ctx));
+  OK(ad_profile_range_pop(ctx));
+  OK(ad_profile_range_pop(ctx));
+  cr_assert_eq(ad_profile_read_ranges(ctx, NULL, 0), 0);
+  /* and the depth starts from nothing again: all 32 open */
+  OK(ad_profile_start(ctx));
+  for (int k = 0; k < AD_PROFILE_RANGE_DEPTH; k++) OK(ad_profile_range_push(ctx, "deep"));
+  cr_assert_eq(ad_profile_range_push(ctx, "one too many"), AD_ERR_STATE);
+  expect_status_msg(ctx, AD_ERR_STATE, "is an ad_profile_range_pop missing?");
+  for (int k = 0; k < AD_PROFILE_RANGE_DEPTH; k++) OK(ad_profile_range_pop(ctx));
+  ad_profile_range r[2];
+  cr_assert_eq(ad_profile_read_ranges(ctx, r, 2), 1);
+  cr_assert_eq(r[0].calls, AD_PROFILE_RANGE_DEPTH);
+}
+
+Test(profile, range_errors) {
+  cr_assert_eq(ad_profile_range_push(NULL, "x"), AD_ERR_NULL);
+  cr_assert_eq(ad_profile_range_pop(NULL), AD_ERR_NULL);
+  cr_assert_eq(ad_profile_read_ranges(NULL, NULL, 0), -1);
+  OK(ad_profile_start(ctx));
+  cr_assert_eq(ad_profile_range_push(ctx, NULL), AD_ERR_NULL);
+  expect_status_msg(ctx, AD_ERR_NULL, "name is NULL");
+  cr_assert_eq(ad_profile_range_push(ctx, ""), AD_ERR_ARG);
+  expect_status_msg(ctx, AD_ERR_ARG, "a name of 0 bytes");
+  char big[300];
+  memset(big, 'r', sizeof big - 1);
+  big[sizeof big - 1] = 0;
+  cr_assert_eq(ad_profile_range_push(ctx, big), AD_ERR_ARG);
+  expect_status_msg(ctx, AD_ERR_ARG, "a name of 299 bytes");
+  big[255] = 0; /* 255 bytes: taken */
+  OK(ad_profile_range_push(ctx, big));
+  OK(ad_profile_range_pop(ctx));
+  ad_profile_range r[1];
+  cr_assert_eq(ad_profile_read_ranges(ctx, r, -1), -1);
+  expect_status_msg(ctx, AD_ERR_ARG, "cap -1 is negative");
+  cr_assert_eq(ad_profile_read_ranges(ctx, NULL, 1), -1);
+  expect_status_msg(ctx, AD_ERR_NULL, "out is NULL");
+  cr_assert_eq(ad_profile_read_ranges(ctx, r, 1), 1);
+  cr_assert_eq(strlen(r[0].name), 255);
+}
+
+/* A new name that cannot have its entry opens nothing: the pop after it
+ * closes the range opened before. */
+Test(profile, range_out_of_memory) {
+  test_alloc ta = {0};
+  ad_ctx *c = profiled_ctx(&ta);
+  cr_assert_eq(ad_profile_range_push(c, "kept"), AD_OK);
+  ta.refuse = TEST_ALLOC_REFUSE_FROM;
+  ta.fail_at = ta.requests;
+  cr_assert_eq(ad_profile_range_push(c, "refused"), AD_ERR_OOM);
+  cr_assert_eq(ad_profile_range_push(c, "kept"), AD_OK); /* a known name: no allocation */
+  cr_assert_eq(ad_profile_range_pop(c), AD_OK);
+  cr_assert_eq(ad_profile_range_pop(c), AD_OK);
+  ad_profile_range r[4];
+  cr_assert_eq(ad_profile_read_ranges(c, r, 4), 1);
+  cr_assert_str_eq(r[0].name, "kept");
+  cr_assert_eq(r[0].calls, 2);
+  cr_assert_eq(ad_profile_read_ranges(c, r, 0), 1); /* a count needs no copy */
+  ta.refuse = TEST_ALLOC_GRANT;
+  ad_ctx_free(c);
+  cr_assert_eq(ta.live, 0, "%ld blocks leaked", ta.live);
+}
+
+Test(profile, print_shows_the_ranges) {
+  OK(ad_profile_start(ctx));
+  OK(ad_profile_range_push(ctx, "phase one"));
+  OK(ad_profile_range_pop(ctx));
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  cr_assert_not_null(f);
+  OK(ad_profile_print(ctx, f));
+  fclose(f);
+  char *at = strstr(buf, "\nrange ");
+  cr_assert_not_null(at, "%s", buf);
+  long long calls;
+  double ms;
+  cr_assert_eq(sscanf(strstr(at, "phase one") + 9, "%lld %lf", &calls, &ms), 2, "%s", buf);
+  cr_assert_eq(calls, 1);
+  cr_assert_geq(ms, 0);
+  free(buf);
+}

@@ -557,9 +557,47 @@ AD_API int64_t ad_profile_read(ad_ctx *ctx, ad_profile_row *rows, int64_t cap,
 
 /** Prints the profile to f as a table, one op a line in ad_profile_read's
  * order with its calls, milliseconds and share of the ops' time, then the
- * backward passes' totals. AD_ERR_NULL, AD_ERR_STATE (no profile started),
- * AD_ERR_OOM, AD_ERR_IO (a write failed; f is flushed). */
+ * backward passes' totals and, when any range was popped, the ranges with
+ * their calls and milliseconds. AD_ERR_NULL, AD_ERR_STATE (no profile
+ * started), AD_ERR_OOM, AD_ERR_IO (a write failed; f is flushed). */
 AD_API ad_status ad_profile_print(ad_ctx *ctx, FILE *f);
+/** @} */
+
+/** Profile ranges (PyTorch's record_function): while the profile runs,
+ * the wall time from ad_profile_range_push(ctx, name) to the matching
+ * ad_profile_range_pop is summed under name, whatever runs in between:
+ * work outside ops (nn_fit marks its phases: "nn_fit.batch",
+ * "nn_fit.forward", "nn_fit.backward", "nn_fit.optimizer", ...), or a
+ * part of a model. Ops inside a range keep their rows too, so a range's
+ * time and its ops' overlap. Ranges nest up to AD_PROFILE_RANGE_DEPTH
+ * deep. While no profile runs, push and pop do nothing (a branch); a pop
+ * with no range open since the profile started (one pushed before the
+ * start, or before an ad_profile_stop, which closes them all uncounted)
+ * does nothing. Each distinct name keeps an entry until the next
+ * ad_profile_start. @{ */
+#define AD_PROFILE_RANGE_DEPTH 32
+
+/** A range's entry (ad_profile_read_ranges). */
+typedef struct ad_profile_range {
+  const char *name; /**< the context's copy: valid until the next ad_profile_start */
+  int64_t calls;    /**< pushes popped while the profile ran */
+  double seconds;   /**< their wall time in all */
+} ad_profile_range;
+
+/** Opens a range named name (copied). AD_ERR_NULL (ctx or name NULL),
+ * AD_ERR_ARG (name empty or over 255 bytes), AD_ERR_STATE (ranges already
+ * AD_PROFILE_RANGE_DEPTH deep: a pop missing?), AD_ERR_OOM; nothing is
+ * opened on an error. */
+AD_API ad_status ad_profile_range_push(ad_ctx *ctx, const char *name);
+
+/** Closes the innermost open range and adds its time to its name's
+ * entry. AD_ERR_NULL for NULL ctx. */
+AD_API ad_status ad_profile_range_pop(ad_ctx *ctx);
+
+/** Writes the ranges popped at least once into out[0..cap-1], the largest
+ * time first (ties by name), and returns how many there are; 0 when no
+ * profile was started; -1 as ad_profile_read's errors. */
+AD_API int64_t ad_profile_read_ranges(ad_ctx *ctx, ad_profile_range *out, int64_t cap);
 /** @} */
 
 /** Backward from root. seed is dL/droot with root's shape; NULL means 1 and

@@ -2322,8 +2322,8 @@ NN_API void nn_model_summary(const nn_model *m, FILE *f);
 
 /** How a loss reduces its per-element (or per-sample) values. */
 typedef enum nn_reduction {
-  NN_MEAN = 0, /**< mean over elements (MSE, BCE) or samples (cross-entropy, NLL) */
-  NN_SUM,      /**< their sum */
+  NN_MEAN = 0,  /**< mean over elements (MSE, BCE) or samples (cross-entropy, NLL) */
+  NN_SUM,       /**< their sum */
   NN_BATCHMEAN, /**< nn_kl_div_loss only: the sum over the batch size (the input's first
                    dim), PyTorch's reduction='batchmean'; the other losses refuse it
                    (AD_ERR_ARG naming the loss) */
@@ -2572,15 +2572,13 @@ NN_API ad_tensor *nn_multi_margin_loss(ad_ctx *ctx, ad_tensor *input, ad_tensor 
  * Also: a log-probability below -1e30 counts as -inf, a log-likelihood
  * below -5e29 as impossible; an input length 0 with a non-empty target is
  * inf (PyTorch reads out of range there). The result is on the tape: a
- * scalar, or the per-sample losses with NN_NONE. Errors (NULL returned, message naming ctc_loss): AD_ERR_NULL
- * (ctx, a tensor or a lengths array NULL), AD_ERR_STATE / AD_ERR_ARG for a
- * freed tensor or one of another context, AD_ERR_DTYPE (log_probs not
- * float, targets not AD_I32), AD_ERR_SHAPE (log_probs not 2-D or 3-D or
- * with T or C 0, targets that do not fit, concatenated targets whose size
- * is not the lengths' sum, more elements than i32 indices reach),
- * AD_ERR_ARG (a length out of range, named with its sample; a label out
- * of range or equal to blank, named with its position, which PyTorch does
- * not check; blank out of range; NN_BATCHMEAN or an unknown reduction),
+ * scalar, or the per-sample losses with NN_NONE. Errors (NULL returned, message naming ctc_loss):
+ * AD_ERR_NULL (ctx, a tensor or a lengths array NULL), AD_ERR_STATE / AD_ERR_ARG for a freed tensor
+ * or one of another context, AD_ERR_DTYPE (log_probs not float, targets not AD_I32), AD_ERR_SHAPE
+ * (log_probs not 2-D or 3-D or with T or C 0, targets that do not fit, concatenated targets whose
+ * size is not the lengths' sum, more elements than i32 indices reach), AD_ERR_ARG (a length out of
+ * range, named with its sample; a label out of range or equal to blank, named with its position,
+ * which PyTorch does not check; blank out of range; NN_BATCHMEAN or an unknown reduction),
  * AD_ERR_OOM. Cost: one pass over [T, N, 2S+1] (S the longest target)
  * forward and one back (the op ad_ctc_alpha), and a few ops. */
 NN_API ad_tensor *nn_ctc_loss(ad_ctx *ctx, ad_tensor *log_probs, ad_tensor *targets,
@@ -3128,10 +3126,10 @@ typedef enum nn_sched_kind {
   NN_SCHED_STEP,
   NN_SCHED_EXPONENTIAL,
   NN_SCHED_COSINE,
-  NN_SCHED_MULTISTEP,    /**< nn_schedule_ext only (see there) */
-  NN_SCHED_LINEAR,       /**< nn_schedule_ext only */
-  NN_SCHED_WARMUP_COSINE, /**< nn_schedule_ext only */
-  NN_SCHED_ONECYCLE,      /**< nn_schedule_ext2 only (see there) */
+  NN_SCHED_MULTISTEP,       /**< nn_schedule_ext only (see there) */
+  NN_SCHED_LINEAR,          /**< nn_schedule_ext only */
+  NN_SCHED_WARMUP_COSINE,   /**< nn_schedule_ext only */
+  NN_SCHED_ONECYCLE,        /**< nn_schedule_ext2 only (see there) */
   NN_SCHED_COSINE_RESTARTS, /**< nn_schedule_ext2 only */
   NN_SCHED_CONSTANT_FACTOR, /**< nn_schedule_ext2 only: PyTorch's ConstantLR */
   NN_SCHED_POLYNOMIAL,      /**< nn_schedule_ext2 only */
@@ -3571,8 +3569,8 @@ NN_API void nn_lbfgs_free(nn_lbfgs *opt);
  * released before it). PyTorch's arithmetic in its order, in the
  * parameters' dtype (the flat gradient with 0 for a parameter without one,
  * the two-loop recursion, the first step t = min(1, 1 / |g|_1) lr with
- * |g|_1 added in the order of PyTorch's sum kernel, the scale ys / yy, the oldest pair dropped when the history is full, its
- * stopping tests), and with NN_LINE_SEARCH_STRONG_WOLFE its cubic
+ * |g|_1 added in the order of PyTorch's sum kernel, the scale ys / yy, the oldest pair dropped when
+ * the history is full, its stopping tests), and with NN_LINE_SEARCH_STRONG_WOLFE its cubic
  * interpolation and constants (c1 1e-4, c2 0.9, a bracket tolerance of
  * 1e-9 whatever tolerance_change is, since PyTorch's step does not pass
  * tolerance_change on, 25 evaluations; Python's and PyTorch's scalar
@@ -3592,8 +3590,7 @@ NN_API void nn_lbfgs_free(nn_lbfgs *opt);
  * them wherever the exception found them), the history keeps the pairs of
  * the iterations done, the iteration counter counts the one interrupted,
  * and a next step goes on from there. */
-NN_API ad_status nn_lbfgs_step(nn_lbfgs *opt, nn_lbfgs_closure closure, void *ud,
-                               double *loss_out);
+NN_API ad_status nn_lbfgs_step(nn_lbfgs *opt, nn_lbfgs_closure closure, void *ud, double *loss_out);
 
 /** PyTorch's state["n_iter"] and state["func_evals"]: iterations and
  * evaluations over all steps; 0 for NULL. @{ */
@@ -3794,7 +3791,8 @@ NN_API void nn_loader_free(nn_loader *l);
  * parameter and no optimizer state, but one that fails after its forward
  * (a NaN loss, a backward refused for memory) has already moved what the
  * forward moves, as in PyTorch: batch norm's running statistics and the
- * dropout layers' generators; a retry then sees those moved. */
+ * dropout layers' generators; a retry then sees those moved. Under the op
+ * profile its phases are nn_fit's ranges (nn_fit) but "nn_fit.batch". */
 NN_API ad_status nn_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
                                ad_tensor *y, double lambda_l2, double *loss_out);
 
@@ -4056,7 +4054,13 @@ typedef struct nn_fit_opts {
  * must be persistent tensors: the tape is reset at every step while rows
  * are still read from them, so a temporary (ad_tensor_is_temporary) is
  * AD_ERR_ARG before any step (ad_tensor_clone makes a persistent copy).
- * Returns AD_OK or the error that stopped training. */
+ * While the op profile runs (ad_profile_start, ad.h), each step's phases
+ * are its ranges "nn_fit.batch", "nn_fit.zero_grad", "nn_fit.forward"
+ * (with the loss), "nn_fit.backward", "nn_fit.grad_norms" (with
+ * grad_norms) and "nn_fit.optimizer"; the distributed step (dist) marks
+ * none yet. A range that cannot have its entry (out of memory) fails the
+ * step as any allocation does. Returns AD_OK or the error that stopped
+ * training. */
 NN_API ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                         const nn_fit_opts *opts, nn_history **history);
 
