@@ -237,24 +237,12 @@ static ad_status train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_
   return st;
 }
 
-/* train_step as rank d->rank of d->size (see nn_dist_ops): forward and
- * backward on this rank's shard of the global batch x, y, the gradients
- * reduced by d, then the optimizer's step. *ys_out gets the shard's targets
- * (NULL for an empty shard), *pred_out its prediction. global > 0: x, y
- * are already this rank's shard of a global batch of that many rows (an
- * nn_loader's). */
-static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
-                                 ad_tensor *y, int64_t global, double lambda_l2,
-                                 const nn_dist_ops *d, double *loss_out, ad_tensor **ys_out,
-                                 int64_t *correct, double *norms) {
+/* dist_train_step's forward: rows b..e of x, y (none when e <= b). */
+static ad_status dist_forward(nn_model *m, nn_loss_fn loss, ad_tensor *x, ad_tensor *y, int64_t b,
+                              int64_t e, double lambda_l2, double *loss_out, ad_tensor **ys_out,
+                              int64_t *correct, ad_tensor **total_out) {
   ad_ctx *ctx = nn_model_ctx(m);
   nn_params *p = nn_model_params(m);
-  ad_tape_reset(ctx);
-  nn_params_zero_grad(p);
-  if (!opt_within(opt, p)) nn_optimizer_zero_grad(opt);
-  int64_t n = x->shape[0], b = n * d->rank / d->size, e = n * (d->rank + 1) / d->size;
-  if (global > 0) n = global, b = 0, e = x->shape[0];
-  *ys_out = NULL;
   ad_tensor *total = NULL;
   ad_status st = AD_OK;
   if (e > b) {
@@ -287,12 +275,71 @@ static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss
   } else if (correct) {
     *correct = 0;
   }
+  *total_out = total;
+  return st;
+}
+
+/* Opens range name where this rank must not fail alone (after the ranks
+ * agreed in grad_end): a push that fails (out of memory) costs the profile
+ * the range, and the context's error is put back. */
+static bool range_after_agreement(ad_ctx *ctx, const char *name) {
+  ad_status was = ad_last_status(ctx);
+  char msg[512] = "";
+  if (was != AD_OK) snprintf(msg, sizeof msg, "%s", ad_last_error(ctx));
+  if (ad_profile_range_push(ctx, name) == AD_OK) return true;
+  if (was == AD_OK)
+    ad_clear_error(ctx);
+  else
+    ad_set_error(ctx, was, "%s", msg);
+  return false;
+}
+
+/* train_step as rank d->rank of d->size (see nn_dist_ops): forward and
+ * backward on this rank's shard of the global batch x, y, the gradients
+ * reduced by d, then the optimizer's step. *ys_out gets the shard's targets
+ * (NULL for an empty shard), *pred_out its prediction. global > 0: x, y
+ * are already this rank's shard of a global batch of that many rows (an
+ * nn_loader's). The op profile's ranges: train_step's, "nn_fit.reduce"
+ * (d's grad_end: the wait for the other ranks' sums) in place of
+ * "nn_fit.batch"; a range that cannot open before the reduction fails the
+ * step on every rank through it, one after it only loses its time. */
+static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x,
+                                 ad_tensor *y, int64_t global, double lambda_l2,
+                                 const nn_dist_ops *d, double *loss_out, ad_tensor **ys_out,
+                                 int64_t *correct, double *norms) {
+  ad_ctx *ctx = nn_model_ctx(m);
+  nn_params *p = nn_model_params(m);
+  ad_status st;
+  IN_RANGE(ctx, "nn_fit.zero_grad", st, {
+    ad_tape_reset(ctx);
+    nn_params_zero_grad(p);
+    if (!opt_within(opt, p)) nn_optimizer_zero_grad(opt);
+  });
+  int64_t n = x->shape[0], b = n * d->rank / d->size, e = n * (d->rank + 1) / d->size;
+  if (global > 0) n = global, b = 0, e = x->shape[0];
+  *ys_out = NULL;
+  if (correct) *correct = 0;
+  ad_tensor *total = NULL;
+  if (st == AD_OK)
+    IN_RANGE(ctx, "nn_fit.forward", st,
+             st = dist_forward(m, loss, x, y, b, e, lambda_l2, loss_out, ys_out, correct, &total));
   if (st == AD_OK) st = d->grad_begin(d->ud, p, total, e - b, n);
-  if (st == AD_OK && total) st = ad_backward(ctx, total, NULL);
+  if (st == AD_OK && total)
+    IN_RANGE(ctx, "nn_fit.backward", st, st = ad_backward(ctx, total, NULL));
+  ad_status rs = ad_profile_range_push(ctx, "nn_fit.reduce");
+  if (st == AD_OK) st = rs;
   st = d->grad_end(d->ud, p, st); /* on every rank, also after an error */
+  if (rs == AD_OK) ad_profile_range_pop(ctx);
   if (st != AD_OK) return st;
-  if (norms) nn_grad_norms_add(p, norms); /* of the reduced gradients, the same on every rank */
-  return d->step ? d->step(d->ud, opt) : nn_optimizer_step(opt);
+  if (norms) { /* of the reduced gradients, the same on every rank */
+    bool r = range_after_agreement(ctx, "nn_fit.grad_norms");
+    nn_grad_norms_add(p, norms);
+    if (r) ad_profile_range_pop(ctx);
+  }
+  bool r = range_after_agreement(ctx, "nn_fit.optimizer");
+  st = d->step ? d->step(d->ud, opt) : nn_optimizer_step(opt);
+  if (r) ad_profile_range_pop(ctx);
+  return st;
 }
 
 /* FNV-1a over n bytes, continuing from h: a fingerprint of options that

@@ -3070,7 +3070,39 @@ int main(int argc, char **argv) {
 /* The checks after main's first seven, those of the sums' values (one
  * process's, with clipping, with tied weights, the deterministic mode's,
  * the shared-memory paths' against MPI's), which --sums-only runs alone. */
+/* Under the op profile the distributed step marks its phases on every
+ * rank, one call each a step (the backward's on ranks with rows), the
+ * reduction's wait included and no batch range (the fetch is every
+ * rank's); the parameters are the bits trained without it. */
+static void profile_ranges(ad_ctx *c) {
+  run a = train(c, AD_F64, PLAIN, true, 24, 8, 2, &base, true);
+  ad_status st = ad_profile_start(c);
+  run b = train(c, AD_F64, PLAIN, true, 24, 8, 2, &base, true);
+  if (st == AD_OK) st = ad_profile_stop(c);
+  check(st == AD_OK && a.st == AD_OK && b.st == AD_OK &&
+            max_rel(nn_model_params(a.m), nn_model_params(b.m)) == 0,
+        "the op profile's ranges leave the distributed training's bits", ad_last_error(c));
+  static const char *const names[] = {"nn_fit.zero_grad", "nn_fit.forward",  "nn_fit.reduce",
+                                      "nn_fit.optimizer", "nn_fit.backward", "nn_fit.batch"};
+  ad_profile_range r[8];
+  int64_t n = ad_profile_read_ranges(c, r, 8);
+  bool ok = n >= 4 && n <= 5;
+  for (int k = 0; k < 6 && ok; k++) {
+    int64_t calls = 0;
+    for (int64_t i = 0; i < n; i++)
+      if (!strcmp(r[i].name, names[k])) calls = r[i].calls;
+    ok = k < 4 ? calls == 6 : k == 4 ? calls <= 6 : calls == 0; /* 3 batches of 8, 2 epochs */
+    if (!ok)
+      snprintf(why, sizeof why, "%s: %lld calls (%lld ranges)", names[k], (long long)calls,
+               (long long)n);
+  }
+  check(ok, "nn_fit's distributed step marks its phases, the reduction's wait among them", why);
+  run_free(&a);
+  run_free(&b);
+}
+
 static void other_checks(ad_ctx *c) {
+  profile_ranges(c);
   if (size > 1) mismatch(c); /* (these need another rank to differ) */
   if (size > 1) ties_differ(c);
   if (size > 1) empty_list_differs();

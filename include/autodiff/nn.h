@@ -4057,9 +4057,11 @@ typedef struct nn_fit_opts {
  * While the op profile runs (ad_profile_start, ad.h), each step's phases
  * are its ranges "nn_fit.batch", "nn_fit.zero_grad", "nn_fit.forward"
  * (with the loss), "nn_fit.backward", "nn_fit.grad_norms" (with
- * grad_norms) and "nn_fit.optimizer"; the distributed step (dist) marks
- * none yet. A range that cannot have its entry (out of memory) fails the
- * step as any allocation does. Returns AD_OK or the error that stopped
+ * grad_norms) and "nn_fit.optimizer"; with dist, "nn_fit.reduce" (the
+ * wait for the gradients' reduction after the backward) in place of
+ * "nn_fit.batch". A range that cannot have its entry (out of memory) fails
+ * the step as any allocation does (with dist, on every rank, when it opens
+ * before the reduction; one after it is only not counted). Returns AD_OK or the error that stopped
  * training. */
 NN_API ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                         const nn_fit_opts *opts, nn_history **history);
