@@ -267,11 +267,17 @@ ad_status ad_profile_print(ad_ctx *ctx, FILE *f) {
   if (!ctx) return AD_ERR_NULL;
   if (!f) return ad_set_null_error(ctx, "profile_print: f is NULL");
   if (!ctx->prof) return ad_set_error(ctx, AD_ERR_STATE, "profile_print: no profile was started");
+  /* both tables' copies first: out of memory writes nothing */
   ad_profile_totals t;
-  int64_t n = ad_profile_read(ctx, NULL, 0, &t);
+  int64_t n = ad_profile_read(ctx, NULL, 0, &t), nr = ranges_popped(ctx->prof);
   ad_profile_row *rows = n ? ad_malloc(ctx, (size_t)n * sizeof *rows) : NULL;
-  if (n && !rows) return AD_ERR_OOM;
+  ad_profile_range *rr = rows || !n ? (nr ? ad_malloc(ctx, (size_t)nr * sizeof *rr) : NULL) : NULL;
+  if ((n && !rows) || (nr && !rr)) {
+    ad_free(ctx, rows, (size_t)n * sizeof *rows);
+    return AD_ERR_OOM;
+  }
   if (n) collect(ctx, rows);
+  if (nr) ranges_collect(ctx->prof, rr);
   double sum = 0;
   int64_t fc = 0, bc = 0;
   for (int64_t i = 0; i < n; i++)
@@ -292,15 +298,11 @@ ad_status ad_profile_print(ad_ctx *ctx, FILE *f) {
                  "%.3f ms in all, of which the hook %.3f ms\n",
                  (long long)fc, (long long)bc, sum * 1e3, (long long)t.backward_passes,
                  t.backward_s * 1e3, t.hook_s * 1e3) >= 0;
-  ad_free(ctx, rows, (size_t)n * sizeof *rows);
-  int64_t nr = ranges_popped(ctx->prof);
-  ad_profile_range *rr = nr ? ad_malloc(ctx, (size_t)nr * sizeof *rr) : NULL;
-  if (nr && !rr) return AD_ERR_OOM;
-  if (nr) ranges_collect(ctx->prof, rr);
   if (ok && nr) ok = fprintf(f, "%-36s %10s %11s\n", "range", "calls", "ms") >= 0;
   for (int64_t i = 0; i < nr && ok; i++)
     ok = fprintf(f, "%-36s %10lld %11.3f\n", rr[i].name, (long long)rr[i].calls,
                  rr[i].seconds * 1e3) >= 0;
+  ad_free(ctx, rows, (size_t)n * sizeof *rows);
   ad_free(ctx, rr, (size_t)nr * sizeof *rr);
   if (fflush(f) != 0 || !ok || ferror(f))
     return ad_set_error(ctx, AD_ERR_IO, "profile_print: writing the profile failed");

@@ -326,10 +326,11 @@ static ad_status dist_train_step(nn_model *m, nn_optimizer *opt, nn_loss_fn loss
   if (st == AD_OK) st = d->grad_begin(d->ud, p, total, e - b, n);
   if (st == AD_OK && total)
     IN_RANGE(ctx, "nn_fit.backward", st, st = ad_backward(ctx, total, NULL));
-  ad_status rs = ad_profile_range_push(ctx, "nn_fit.reduce");
-  if (st == AD_OK) st = rs;
+  /* after an error the range is not opened: its push would overwrite the
+   * error's message */
+  bool reduce = st == AD_OK && (st = ad_profile_range_push(ctx, "nn_fit.reduce")) == AD_OK;
   st = d->grad_end(d->ud, p, st); /* on every rank, also after an error */
-  if (rs == AD_OK) ad_profile_range_pop(ctx);
+  if (reduce) ad_profile_range_pop(ctx);
   if (st != AD_OK) return st;
   if (norms) { /* of the reduced gradients, the same on every rank */
     bool r = range_after_agreement(ctx, "nn_fit.grad_norms");

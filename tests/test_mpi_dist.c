@@ -3099,6 +3099,19 @@ static void profile_ranges(ad_ctx *c) {
   check(ok, "nn_fit's distributed step marks its phases, the reduction's wait among them", why);
   run_free(&a);
   run_free(&b);
+  /* a range that cannot open before the reduction (rank 0's ranges
+   * already AD_PROFILE_RANGE_DEPTH deep) fails that step on every rank */
+  st = ad_profile_start(c);
+  for (int k = 0; rank == 0 && k < AD_PROFILE_RANGE_DEPTH; k++)
+    if (st == AD_OK) st = ad_profile_range_push(c, "held");
+  run f = train(c, AD_F64, PLAIN, true, 24, 8, 1, &base, true);
+  snprintf(why, sizeof why, "status %s: %s", ad_status_str(f.st), ad_last_error(c));
+  check(st == AD_OK && f.st != AD_OK &&
+            (rank != 0 || (f.st == AD_ERR_STATE && strstr(ad_last_error(c), "profile_range_push"))),
+        "a range nn_fit cannot open before the reduction stops every rank", why);
+  ad_clear_error(c);
+  ad_profile_stop(c);
+  run_free(&f);
 }
 
 static void other_checks(ad_ctx *c) {

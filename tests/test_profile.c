@@ -625,6 +625,9 @@ Test(profile, range_errors) {
   big[sizeof big - 1] = 0;
   cr_assert_eq(ad_profile_range_push(ctx, big), AD_ERR_ARG);
   expect_status_msg(ctx, AD_ERR_ARG, "a name of 299 bytes");
+  big[256] = 0; /* 256 bytes: one too many */
+  cr_assert_eq(ad_profile_range_push(ctx, big), AD_ERR_ARG);
+  expect_status_msg(ctx, AD_ERR_ARG, "a name of 256 bytes");
   big[255] = 0; /* 255 bytes: taken */
   OK(ad_profile_range_push(ctx, big));
   OK(ad_profile_range_pop(ctx));
@@ -654,6 +657,15 @@ Test(profile, range_out_of_memory) {
   cr_assert_str_eq(r[0].name, "kept");
   cr_assert_eq(r[0].calls, 2);
   cr_assert_eq(ad_profile_read_ranges(c, r, 0), 1); /* a count needs no copy */
+  /* a print that cannot have its copies writes nothing */
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  cr_assert_not_null(f);
+  cr_assert_eq(ad_profile_print(c, f), AD_ERR_OOM);
+  fclose(f);
+  cr_assert_eq(len, 0, "wrote %s", buf);
+  free(buf);
   ta.refuse = TEST_ALLOC_GRANT;
   ad_ctx_free(c);
   cr_assert_eq(ta.live, 0, "%ld blocks leaked", ta.live);

@@ -584,14 +584,16 @@ typedef struct ad_profile_range {
   double seconds;   /**< their wall time in all */
 } ad_profile_range;
 
-/** Opens a range named name (copied). AD_ERR_NULL (ctx or name NULL),
- * AD_ERR_ARG (name empty or over 255 bytes), AD_ERR_STATE (ranges already
- * AD_PROFILE_RANGE_DEPTH deep: a pop missing?), AD_ERR_OOM; nothing is
- * opened on an error. */
+/** Opens a range named name (copied). While a profile runs: AD_ERR_NULL
+ * (name NULL), AD_ERR_ARG (name empty or over 255 bytes), AD_ERR_STATE
+ * (ranges already AD_PROFILE_RANGE_DEPTH deep: a pop missing?),
+ * AD_ERR_OOM; nothing is opened on an error, so no pop should follow it.
+ * While none runs, AD_OK without looking at name. AD_ERR_NULL for NULL
+ * ctx. */
 AD_API ad_status ad_profile_range_push(ad_ctx *ctx, const char *name);
 
-/** Closes the innermost open range and adds its time to its name's
- * entry. AD_ERR_NULL for NULL ctx. */
+/** Closes the innermost open range, whoever opened it, and adds its time
+ * to its name's entry. AD_ERR_NULL for NULL ctx. */
 AD_API ad_status ad_profile_range_pop(ad_ctx *ctx);
 
 /** Writes the ranges popped at least once into out[0..cap-1], the largest

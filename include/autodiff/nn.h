@@ -4059,9 +4059,11 @@ typedef struct nn_fit_opts {
  * (with the loss), "nn_fit.backward", "nn_fit.grad_norms" (with
  * grad_norms) and "nn_fit.optimizer"; with dist, "nn_fit.reduce" (the
  * wait for the gradients' reduction after the backward) in place of
- * "nn_fit.batch". A range that cannot have its entry (out of memory) fails
- * the step as any allocation does (with dist, on every rank, when it opens
- * before the reduction; one after it is only not counted). Returns AD_OK or the error that stopped
+ * "nn_fit.batch". A range that cannot open (out of memory for its entry,
+ * or the caller's ranges already AD_PROFILE_RANGE_DEPTH deep) fails the
+ * step with that error; with dist, on every rank when it opens before the
+ * reduction, while one after the reduction is only not counted (the
+ * context's error is kept) so that no rank stops alone. Returns AD_OK or the error that stopped
  * training. */
 NN_API ad_status nn_fit(nn_model *m, nn_optimizer *opt, nn_loss_fn loss, ad_tensor *x, ad_tensor *y,
                         const nn_fit_opts *opts, nn_history **history);
