@@ -187,16 +187,22 @@ static int64_t ranges_popped(const ad_prof *p) {
   return n;
 }
 
-int64_t ad_profile_read_ranges(ad_ctx *ctx, ad_profile_range *out, int64_t cap) {
-  if (!ctx) return -1;
+/* A read's room: cap >= 0, and out given when cap > 0 (the error
+ * recorded, naming who and what, if not). */
+static bool room_ok(ad_ctx *ctx, const char *who, const char *what, const void *out, int64_t cap) {
   if (cap < 0) {
-    ad_set_error(ctx, AD_ERR_ARG, "profile_read_ranges: cap %lld is negative", (long long)cap);
-    return -1;
+    ad_set_error(ctx, AD_ERR_ARG, "%s: cap %lld is negative", who, (long long)cap);
+    return false;
   }
   if (cap > 0 && !out) {
-    ad_set_null_error(ctx, "profile_read_ranges: out is NULL with cap %lld", (long long)cap);
-    return -1;
+    ad_set_null_error(ctx, "%s: %s is NULL with cap %lld", who, what, (long long)cap);
+    return false;
   }
+  return true;
+}
+
+int64_t ad_profile_read_ranges(ad_ctx *ctx, ad_profile_range *out, int64_t cap) {
+  if (!ctx || !room_ok(ctx, "profile_read_ranges", "out", out, cap)) return -1;
   const ad_prof *p = ctx->prof;
   int64_t n = ranges_popped(p);
   if (n == 0 || cap == 0) return n;
@@ -238,15 +244,7 @@ static void totals_of(const ad_ctx *ctx, ad_profile_totals *t) {
 }
 
 int64_t ad_profile_read(ad_ctx *ctx, ad_profile_row *rows, int64_t cap, ad_profile_totals *totals) {
-  if (!ctx) return -1;
-  if (cap < 0) {
-    ad_set_error(ctx, AD_ERR_ARG, "profile_read: cap %lld is negative", (long long)cap);
-    return -1;
-  }
-  if (cap > 0 && !rows) {
-    ad_set_null_error(ctx, "profile_read: rows is NULL with cap %lld", (long long)cap);
-    return -1;
-  }
+  if (!ctx || !room_ok(ctx, "profile_read", "rows", rows, cap)) return -1;
   if (totals) totals_of(ctx, totals);
   const ad_prof *p = ctx->prof;
   if (!p) return 0;
