@@ -709,7 +709,7 @@ static bool src_next(ad_ctx *ctx, fit_src *s, ad_tensor **xb, ad_tensor **yb, ad
                      const nn_dist_ops *d, nn_params *p) {
   if (s->b && *st != AD_OK) return nn_batcher_next(s->b, xb, yb);
   if (*st != AD_OK) return false;
-  if (d) /* the distributed step marks no ranges: every rank must reach grad_end */
+  if (d) /* not a range with d: the distributed step's list has none for the fetch */
     *st = s->b ? nn_batcher_fetch(s->b, xb, yb) : nn_loader_next(s->l, xb, yb);
   else
     IN_RANGE(ctx, "nn_fit.batch", *st,
