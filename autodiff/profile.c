@@ -171,7 +171,8 @@ static int range_cmp(const void *a, const void *b) {
 }
 
 /* Every popped range into out (room for p->nranges), sorted; their count. */
-static int64_t ranges_collect(const ad_prof *p, ad_profile_range *out) {
+static int64_t ranges_collect(const ad_ctx *ctx, ad_profile_range *out) {
+  const ad_prof *p = ctx->prof;
   int64_t n = 0;
   for (int i = 0; i < p->nranges; i++)
     if (p->ranges[i].calls)
@@ -201,18 +202,26 @@ static bool room_ok(ad_ctx *ctx, const char *who, const char *what, const void *
   return true;
 }
 
+/* The first cap of the n entries (size bytes each) that fill writes,
+ * sorted, into a buffer of n: into out itself when it has room for all,
+ * else through a copy (-1 on out of memory, recorded); returns n. */
+static int64_t first_sorted(ad_ctx *ctx, void *out, int64_t cap, int64_t n, size_t size,
+                            int64_t (*fill)(const ad_ctx *, void *)) {
+  if (n == 0 || cap == 0) return n;
+  if (cap >= n) return fill(ctx, out);
+  void *all = ad_malloc(ctx, (size_t)n * size);
+  if (!all) return -1;
+  fill(ctx, all);
+  memcpy(out, all, (size_t)cap * size);
+  ad_free(ctx, all, (size_t)n * size);
+  return n;
+}
+
+static int64_t fill_ranges(const ad_ctx *ctx, void *out) { return ranges_collect(ctx, out); }
+
 int64_t ad_profile_read_ranges(ad_ctx *ctx, ad_profile_range *out, int64_t cap) {
   if (!ctx || !room_ok(ctx, "profile_read_ranges", "out", out, cap)) return -1;
-  const ad_prof *p = ctx->prof;
-  int64_t n = ranges_popped(p);
-  if (n == 0 || cap == 0) return n;
-  if (cap >= n) return ranges_collect(p, out);
-  ad_profile_range *all = ad_malloc(ctx, (size_t)n * sizeof *all);
-  if (!all) return -1;
-  ranges_collect(p, all);
-  memcpy(out, all, (size_t)cap * sizeof *out);
-  ad_free(ctx, all, (size_t)n * sizeof *all);
-  return n;
+  return first_sorted(ctx, out, cap, ranges_popped(ctx->prof), sizeof *out, fill_ranges);
 }
 
 /* Largest forward + backward time first, then by name. */
@@ -237,6 +246,8 @@ static int64_t collect(const ad_ctx *ctx, ad_profile_row *rows) {
   return n;
 }
 
+static int64_t fill_rows(const ad_ctx *ctx, void *out) { return collect(ctx, out); }
+
 static void totals_of(const ad_ctx *ctx, ad_profile_totals *t) {
   const ad_prof *p = ctx->prof;
   *t = (ad_profile_totals){0};
@@ -251,14 +262,7 @@ int64_t ad_profile_read(ad_ctx *ctx, ad_profile_row *rows, int64_t cap, ad_profi
   int64_t n = 0;
   for (int id = 0; id < ctx->nops && id < p->cap; id++)
     n += p->ops[id].fwd_calls || p->ops[id].bwd_calls;
-  if (n == 0 || cap == 0) return n;
-  if (cap >= n) return collect(ctx, rows); /* sorted in place */
-  ad_profile_row *all = ad_malloc(ctx, (size_t)n * sizeof *all);
-  if (!all) return -1;
-  collect(ctx, all);
-  memcpy(rows, all, (size_t)cap * sizeof *rows);
-  ad_free(ctx, all, (size_t)n * sizeof *all);
-  return n;
+  return first_sorted(ctx, rows, cap, n, sizeof *rows, fill_rows);
 }
 
 ad_status ad_profile_print(ad_ctx *ctx, FILE *f) {
@@ -275,7 +279,7 @@ ad_status ad_profile_print(ad_ctx *ctx, FILE *f) {
     return AD_ERR_OOM;
   }
   if (n) collect(ctx, rows);
-  if (nr) ranges_collect(ctx->prof, rr);
+  if (nr) ranges_collect(ctx, rr);
   double sum = 0;
   int64_t fc = 0, bc = 0;
   for (int64_t i = 0; i < n; i++)
